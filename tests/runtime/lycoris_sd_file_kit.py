@@ -19,7 +19,7 @@ from torch import nn
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_sd_full_file import PRESET, _convert, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -30,9 +30,7 @@ def network(pipe, folder: Path, monkeypatch, dim: int = 4, **network_args):
     """kohya's steps: create_network(1.0, `dim`, 1.0, None, ...) over PRESET (written to folder/preset.toml)
     with `network_args` (algo=..., strings as kohya hands them), then apply_to, on copies of `pipe`'s CLIP
     and U-Net."""
-    lycoris = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(lycoris, attr, copy.copy(getattr(lycoris, attr)))
+    kept_lycoris_presets(monkeypatch)
     preset = folder / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)

@@ -120,3 +120,29 @@ def reloads_as_trained(plan, whole):
     with torch.no_grad():
         torch.testing.assert_close(again(sample, 500, context).sample, trained(sample, 500, context).sample)
     return again
+
+
+# LycorisNetworkKohya's class attributes that lycoris-lora's create_network (apply_preset) sets
+NETWORK_ATTRS = (
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
+
+
+def kept_lycoris_presets(monkeypatch):
+    """lycoris-lora's LycorisNetworkKohya with the class attributes a preset sets restored after the test
+    (through `monkeypatch`): create_network's apply_preset changes the class itself, so a later test would
+    build another network."""
+    from lycoris import kohya
+
+    network = kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    return network

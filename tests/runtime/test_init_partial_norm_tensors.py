@@ -20,8 +20,8 @@ from torch import nn
 from dbspec.runtime.execute import execute
 from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules, _named
 from tests.runtime.test_lycoris_sd_norm_file import PRESET, _network
 from tests.runtime.test_lycoris_sd_norm_file import pipe  # noqa: F401  (the module-scoped fixture)
@@ -32,9 +32,7 @@ ARGS = '--network_dim=4 --network_alpha=2 --network_args "algo=locon" "preset=pr
 
 def _plain_network(built, folder, monkeypatch):
     """kohya's network of the converted command: the preset's LoCon, no train_norm; apply_to."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     (folder / "preset.toml").write_text(PRESET, encoding="utf-8")
     named, unet = _named(built.text_encoder), copy.deepcopy(built.unet)
     made = lycoris_kohya.create_network(

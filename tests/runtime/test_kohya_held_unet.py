@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_kohya_idle_text_clip import PRESET, _dbspec_steps, _layers
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -92,9 +92,7 @@ def test_unet_held_at_rate_0_steps_as_kohyas_network(tmp_path, monkeypatch):
     from dbspec.runtime.setup import setup
     from tests.runtime.runspec import compile_spec, summary_text, write_spec
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     pipe = build_pipeline("builtin:tiny-sd1")
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")
@@ -217,9 +215,7 @@ def test_other_kinds_held_at_rate_0_step_as_kohyas_network(tmp_path, monkeypatch
     from dbspec.runtime.setup import setup
     from tests.runtime.runspec import compile_spec, write_spec
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     pipe = build_pipeline("builtin:tiny-sd1")
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")
@@ -338,9 +334,7 @@ def _glora_file(tmp_path, monkeypatch):
     """lycoris.kohya algo=glora's network on the tiny SD 1.x (every parameter moved), saved; its state."""
     from safetensors.torch import save_file
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     pipe = build_pipeline("builtin:tiny-sd1")
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -87,9 +87,7 @@ def _run(
 
 
 def test_fresh_text_modules_at_rate_0_change_the_clip_not_the_unclipped_run(tmp_path, monkeypatch):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     pipe = build_pipeline("builtin:tiny-sd1")
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")
@@ -151,9 +149,7 @@ def test_text_encoder_idle_steps_as_kohyas_network_and_resumes_bit_exact(tmp_pat
     from dbspec.runtime.setup import setup
     from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     pipe = build_pipeline("builtin:tiny-sd1")
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")

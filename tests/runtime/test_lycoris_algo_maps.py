@@ -23,21 +23,11 @@ from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged, loader  # noqa: F401 (a fixture)
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
-NETWORK_ATTRS = (
-    "ENABLE_CONV",
-    "UNET_TARGET_REPLACE_MODULE",
-    "UNET_TARGET_REPLACE_NAME",
-    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME",
-    "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP",
-    "USE_FNMATCH",
-    "TARGET_EXCLUDE_NAME",
-)
 
 PRESETS = {
     # LyCORIS's example.toml, one algorithm: the ResNets (their convolutions too) at a low dim, the
@@ -132,9 +122,7 @@ def pipe():
 
 
 def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", conv_dim: str = "4", **args):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     return lycoris_kohya.create_network(
@@ -754,9 +742,7 @@ def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     adapter = plan_of(outcome, tmp_path).adapter
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0,
         4,

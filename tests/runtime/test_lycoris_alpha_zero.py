@@ -11,7 +11,8 @@ import copy
 import pytest
 from torch import nn
 
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, PRESETS, _ours, _theirs
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_algo_maps import PRESETS, _ours, _theirs
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -39,9 +40,7 @@ def test_alpha_zero_gives_lycoris_scales(pipe, tmp_path, monkeypatch):
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     made = lycoris_kohya.create_network(

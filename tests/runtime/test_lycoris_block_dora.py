@@ -22,6 +22,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (
     PRESETS,
     _converted_plan,
@@ -214,11 +215,7 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):  # noqa: F811 
 
     from lycoris import kohya as lycoris_kohya
 
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     unet = copy.deepcopy(pipe.unet)

@@ -20,7 +20,6 @@ from dbspec.runtime.lora_dropout import add_lora_dropout
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
-    NETWORK_ATTRS,
     PRESETS,
     _converted_plan,
     pipe,

@@ -23,9 +23,9 @@ from torch import nn
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris import _unet_output
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
-    NETWORK_ATTRS,
     PRESETS,
     _converted_plan,
     pipe,
@@ -88,9 +88,7 @@ def _lycoris_unet(
     of those classes), every module holding the export's tensors (its load_weights; DyLoraModule's one block
     copied from its `lora_down` / `lora_up`, which that load does not take)."""
     export = load_file(str(file))
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(base.unet)
     named.text_model = copy.deepcopy(base.text_encoder)
     made = lycoris_kohya.create_network(

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import _ours, pipe  # noqa: F401 (a fixture)
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -26,11 +27,8 @@ text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
 
 
 def _dylora_file(pipe, path, monkeypatch) -> None:  # noqa: F811
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     preset = path.with_name("preset.toml")  # `full`'s layers by name (its TimestepEmbedding class would

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
 from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_lycoris_sd_norm_file import _ours_norms
@@ -29,12 +30,9 @@ def pipe():
 
 
 def _network(pipe, folder, monkeypatch):
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.runtime.test_lycoris_sd_full_file import PRESET, _named
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     preset = folder / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)

@@ -17,7 +17,7 @@ from torch import nn
 
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -55,9 +55,7 @@ def _plan(tmp_path, preset: str, args: dict[str, str], alpha: float):
 def _theirs(pipe, tmp_path, monkeypatch, args: dict[str, str], alpha: float):  # noqa: F811
     """lycoris-lora's create_network (dim 4, `alpha`, `args`, the preset file) applied to a copy of the tiny
     U-Net: (the network, that U-Net); the class attributes apply_preset sets restored after the test."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     unet = copy.deepcopy(pipe.unet)

@@ -21,7 +21,7 @@ from torch import nn
 
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_entry_signs import SCRIPT, _ours, _preset, _theirs, same_as_lycoris
 
@@ -218,9 +218,7 @@ def test_flux_network_negative_alpha_is_lycoris(tmp_path, monkeypatch):
     tensors = lycoris_state(unet=comps.unet, text_encoders=comps.text_encoders, family="flux", dtype="fp32")
     layers = _kohya_layers(comps.unet, flux_model(1, 1), diffusers_parts)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     tree = _kohya_tree(layers)
     built = lycoris_kohya.create_network(
         1.0, 4, -1.0, None, [clip, nn.Module()], tree, algo="locon", preset=str(file), **drops
@@ -263,9 +261,7 @@ def test_clip_entry_negative_alpha_is_lycoris(pipe, tmp_path, monkeypatch, netwo
         for p in ours.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    network_cls = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network_cls, attr, copy.copy(getattr(network_cls, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's `text_model.` level
     made = lycoris_kohya.create_network(

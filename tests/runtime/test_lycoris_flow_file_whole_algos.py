@@ -25,6 +25,7 @@ from dbspec.plan.lokr import factorization
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_preset_file_flow import (
     PRESETS,
     _planned_names,
@@ -141,15 +142,10 @@ def _wide_flux() -> nn.Module:
 
 
 def _lycoris_network(built, preset: str, monkeypatch, algo: str, dim: int) -> list:
-    import copy
 
     import lycoris.kohya as lycoris_kohya
 
-    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, dim, 1.0, None, built["te"], _wide_flux(), algo=algo, preset=preset
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.shared import kept_lycoris_presets
 
 pytest.importorskip("lycoris.kohya")
 
@@ -136,15 +137,10 @@ def _alike(
 def _network(monkeypatch, algo: str, file, text_encoders, tree, tensors, dim: int, args: dict[str, str]):
     """test_lycoris_mixed_flow_full.py's _lycoris_network at network_dim `dim` (alpha 1): lycoris-lora's
     create_network from the file on kohya's layers, applied, the export loaded strictly."""
-    import copy
 
     from lycoris import kohya as lycoris_kohya
 
-    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, dim, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **args
     )

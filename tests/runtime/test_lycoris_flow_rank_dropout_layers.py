@@ -31,8 +31,9 @@ from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, 
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -167,9 +168,7 @@ def _prepared(model: nn.Module, name: str, plan, targets) -> nn.Module:
 
 
 def _network(monkeypatch, algo: str, file: Path, text_encoders, tree, args: dict[str, str]):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **args
     )

@@ -19,6 +19,7 @@ from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from dbspec.runtime.adapters import ADAPTER_NAME
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _check_kohya_outputs,
@@ -26,7 +27,6 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _kohya_tree,
     _run,
 )
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -99,9 +99,7 @@ def _converted(tmp_path: Path, text: str, script: str, overrides, algo: str = "t
 def _their_network(monkeypatch, file: Path, tree, algo: str = "tlora"):
     """lycoris-lora's create_network (`algo`, dim 4, alpha 1) from the preset file on kohya's layers,
     applied to the denoiser: its modules by name, and the network."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(1.0, 4, 1.0, None, [nn.Module()], tree, algo=algo, preset=str(file))
     made.apply_to([nn.Module()], tree, apply_text_encoder=False, apply_unet=True)
     return {m.lora_name: m for m in made.unet_loras}, made

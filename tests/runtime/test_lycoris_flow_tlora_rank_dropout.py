@@ -10,13 +10,12 @@ generator left where the parts leave it, and the input's gradients."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_dropout import _call_order
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
@@ -28,7 +27,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
 )
 from tests.runtime.test_lycoris_mixed_flow_rank_dropout import DROP, RATE
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 from tests.runtime.test_lycoris_tlora import _no_gc
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -65,9 +64,7 @@ def test_tlora_beside_rank_dropout_on_fused_layers_draws_as_lycoris(tmp_path, mo
     unet = whole.components.unet
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [clip, nn.Module()], _kohya_tree(layers), algo=algo, preset=str(file),
         rank_dropout=RATE, module_dropout=DROP,

@@ -6,16 +6,15 @@ T5-XXL's TLoraModules' frozen start is ours, and they compute the trained T5 lay
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
 from dbspec.runtime.lycoris_tlora import TloraLayer
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _kohya_layers, _kohya_tree, _run
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 from tests.runtime.test_lycoris_tlora import _no_gc
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -49,9 +48,7 @@ def test_tlora_on_t5_trains_and_loads_back_in_lycoris(tmp_path, monkeypatch):
     layers = _kohya_layers(whole.components.unet, flux_model(1, 1), diffusers_parts)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
     t5 = _unwrapped(t5_trained)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     tree = _kohya_tree(layers)
     made = lycoris_kohya.create_network(1.0, 4, 1.0, None, [clip, t5], tree, algo="tlora", preset=str(file))
     made.apply_to([clip, t5], tree, apply_text_encoder=True, apply_unet=True)

@@ -25,8 +25,8 @@ from torch import nn
 
 from dbspec.convert.kohya.network import LYCORIS_BUILTIN_PRESETS
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import _ours, _theirs
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 from tests.runtime.test_lycoris_presets_kohya_sd import BUILDS, TWICE, _dbspec_names, _rebuilt, models  # noqa: F401 (a fixture)
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -37,9 +37,7 @@ RESTRICTED = ["Transformer2DModel", "Attention"]
 
 
 def _restore(monkeypatch):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's lists: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
 
 
 def _kohya_glora(models, preset: str, monkeypatch):  # noqa: F811

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     _converted_plan,
     pipe,
@@ -115,7 +116,6 @@ def test_ia3_clip_entries_on_their_input_side(pipe, tmp_path, monkeypatch):  # n
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.prepare import _prepare, text_targets
     from tests.runtime.lycoris_sd_file_kit import kohya_layers
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
     path, plan = _converted_plan(tmp_path, "ia3_clip", "locon", f'"module_dropout={DROP}"', text=CLIP_PRESET)
@@ -128,9 +128,7 @@ def test_ia3_clip_entries_on_their_input_side(pipe, tmp_path, monkeypatch):  # n
         for p in clip.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)
     made = lycoris_kohya.create_network(

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     _converted_plan,
     pipe,
@@ -128,7 +129,6 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.prepare import _prepare, text_targets
     from tests.runtime.lycoris_sd_file_kit import kohya_layers
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
     _no_gc(monkeypatch)
@@ -143,9 +143,7 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
         for p in clip.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)
     made = lycoris_kohya.create_network(1.0, 4, 1.0, None, named, unet, algo=algo, preset=str(path))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     _converted_plan,
     pipe,
@@ -108,7 +109,6 @@ def test_ia3_clip_entries_in_their_own_bypass_mode(pipe, tmp_path, monkeypatch):
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.prepare import _prepare, text_targets
     from tests.runtime.lycoris_sd_file_kit import kohya_layers
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
     path, plan = _converted_plan(tmp_path, "ia3_clip", "ia3", f'"module_dropout={MODULE}"', text=CLIP_PRESET)
     a = plan.adapter
@@ -125,9 +125,7 @@ def test_ia3_clip_entries_in_their_own_bypass_mode(pipe, tmp_path, monkeypatch):
         for p in clip.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(base)
     made = lycoris_kohya.create_network(

@@ -10,13 +10,12 @@ forward and every trained tensor's gradient over a few forwards equal."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.prepare import _prepare
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     MIXED,
     PRESETS,
@@ -76,7 +75,6 @@ def test_clip_bypass_dropout_beside_other_algorithms_is_lycoris(pipe, tmp_path, 
     from torch import nn
 
     from dbspec.runtime.prepare import text_targets
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
     drops = {"bypass_mode": "True", "dropout": str(DROPOUT), "module_dropout": str(MODULE)}
     PRESETS["mixed_bypass"] = MIXED
@@ -94,9 +92,7 @@ def test_clip_bypass_dropout_beside_other_algorithms_is_lycoris(pipe, tmp_path, 
     with torch.no_grad():
         for p in params:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = ours.__class__(ours.config)
     named.text_model.load_state_dict(pipe.text_encoder.state_dict())

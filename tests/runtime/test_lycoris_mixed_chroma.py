@@ -20,10 +20,10 @@ from torch import nn
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow import _form, _tree
 from tests.runtime.test_lycoris_preset_file_chroma import models  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -86,9 +86,7 @@ def test_mixed_chroma_file_builds_lycoris_modules(models, tmp_path, monkeypatch,
     """Every kohya Chroma Linear the file adapts has, in the converted plan, the class, rank, scale and tensor
     shapes of the module lycoris-lora's create_network builds on it (the fused q/k/v and linear1 through all
     their diffusers parts), at Chroma1-HD's widths on the layers of other kinds."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     kohya = copy.deepcopy(models["kohya"])
     with torch.device("meta"):
         kohya.img_in = nn.Linear(64, 3072)

@@ -18,8 +18,9 @@ from torch import nn
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import MIXED, NETWORK_ATTRS, PRESETS, _converted_plan
+from tests.runtime.test_lycoris_algo_maps import MIXED, PRESETS, _converted_plan
 from tests.runtime.test_lycoris_mixed_full import MIXED_FULL
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -53,9 +54,7 @@ def pipe():
 def _network(pipe, preset_path, monkeypatch, algo: str, **args):
     """kohya's create_network (dim 4, alpha 1, conv_dim 4; `args` its other network_args) over the preset,
     applied to copies of the tiny CLIP and U-Net."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     unet = copy.deepcopy(pipe.unet)

@@ -21,6 +21,7 @@ from torch import nn
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_preset_file_flow import (  # noqa: F401 (models: a fixture)
     _adapted,
     _converted,
@@ -29,7 +30,7 @@ from tests.runtime.test_lycoris_preset_file_flow import (  # noqa: F401 (models:
     _unwrapped,
     models,
 )
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -80,9 +81,7 @@ def test_mixed_flux_file_builds_lycoris_modules(models, tmp_path, monkeypatch): 
     """Every kohya Flux Linear and CLIP-L Linear the file adapts has, in the converted plan, the class, rank,
     scale and tensor shapes of the module lycoris-lora's create_network builds on it (the fused q/k/v
     through all their diffusers parts)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     kohya = copy.deepcopy(models["kohya"])  # FLUX.1's widths on the layers of other kinds: real splits
     with torch.device("meta"):
         kohya.img_in = nn.Linear(64, 3072)
@@ -239,9 +238,7 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo, monkeypatch
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))  # kohya's text_model. level
     clip_layers = dict(whole.components.text_encoders[0].named_modules())
     # the modules lycoris-lora's create_network decomposes from the same file and network_args
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    network = kept_lycoris_presets(monkeypatch)
     preset = str(tmp_path / "mixed.toml")
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [clip, nn.Module()], kohya, algo=algo, preset=preset, **wd

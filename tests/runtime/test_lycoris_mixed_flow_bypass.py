@@ -15,12 +15,11 @@ back as `dbspec sample` loads them."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _check_kohya_outputs,
@@ -30,7 +29,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _trained,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -179,9 +178,7 @@ def lycoris_kohya_network(
     4, as converted), applied, the export loaded: every key a module's, every module's key in it, but
     DyLoraModule's, whose network state names its blocks (`down_list.0` / `up_list.0`) where its saved file
     holds the LoRA layout (`lora_down` / `lora_up`): those copied into its one block."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     encoders = [clip, nn.Module()]
     made = lycoris_kohya.create_network(
         1.0,

@@ -13,13 +13,12 @@ its one draw skipping the decomposed update as LohaModule's does."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     FLUX_FILE,
@@ -29,7 +28,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _run,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -97,9 +96,7 @@ def _draws_as_lycoris(
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0,
         4,
@@ -244,9 +241,7 @@ def test_locon_network_dora_wd_module_dropout_beside_other_kinds_is_lycoris(tmp_
     tensors = load_file(str(exports_for_plan(plan, folder, comps)[0]))
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [nn.Module(), nn.Module()], tree, algo=algo, preset=str(file),
         module_dropout=RATE, dora_wd="True",

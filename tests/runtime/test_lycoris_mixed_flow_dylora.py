@@ -15,7 +15,6 @@ test_lycoris_flux_boft) through the same path, on SD3 as on Flux: they train, ex
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from dbspec.runtime.dylora import DyloraLayer, draw_blocks
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _base,
@@ -33,7 +33,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _run,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -106,9 +106,7 @@ def _their_network(monkeypatch, algo: str, file: Path, text_encoders, tree, **kw
     """lycoris-lora's create_network from the preset file on kohya's layers (as converted: network_dim 4,
     alpha 1, block_size 2; `kwargs`: more network_args), applied: its modules by name, and the network (its
     state dict as `dbspec_state`)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), block_size="2", **kwargs
     )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
@@ -34,7 +35,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _run,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _spec, _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -86,9 +87,7 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [clip, nn.Module()], tree, algo=algo, preset=str(second_dir / "mixed.toml")
     )
@@ -163,9 +162,7 @@ def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
     layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
     assert layers["joint_blocks.1.context_block.adaLN_modulation.1"][1] is not None  # kohya's rows
     tree = _kohya_tree(layers)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [nn.Module()] * 3, tree, algo="lokr", preset=str(second_dir / "mixed.toml")
     )
@@ -635,9 +632,7 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     tree = _tree(fused)
     if tucker:  # the first run's export holds what LyCORIS's network from the preset with use_tucker holds
         assert tensors["lora_unet_x_embedder_proj.lokr_t2"].dim() == 4
-        network = lycoris_kohya.LycorisNetworkKohya
-        for attr in NETWORK_ATTRS:
-            monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+        network = kept_lycoris_presets(monkeypatch)
         theirs = copy.deepcopy(tree)
         made = lycoris_kohya.create_network(
             1.0,

@@ -13,7 +13,6 @@ lycoris_full.py, lycoris_ia3.py, lycoris_export.py)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,9 +24,10 @@ from torch import nn
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow import _path_in, _tree
 from tests.runtime.test_lycoris_preset_file_flow import _converted, _spec, _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -153,9 +153,7 @@ def _lycoris_network(monkeypatch, algo: str, file: Path, text_encoders, tree, te
     """lycoris-lora's create_network from the preset file on kohya's layers (network_dim 4, alpha 1, as
     converted; `network_args`: kohya's other --network_args), applied, the export loaded strictly (every key
     a module's, every module's key in it)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **network_args
     )

@@ -19,8 +19,8 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.mixed_kinds import add_module_dropout
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
-    NETWORK_ATTRS,
     PRESETS,
     _converted_plan,
     pipe,
@@ -41,9 +41,7 @@ def _inputs(seed: int, unet) -> tuple[torch.Tensor, torch.Tensor]:
 def lycoris_unet(pipe, monkeypatch, algo: str, preset, **network_args):  # noqa: F811
     """lycoris-lora's kohya network (dim 4, alpha 1, conv_dim 4, `preset` a file) applied to a copy of the
     tiny U-Net: (the network, that U-Net); the class attributes apply_preset sets restored after the test."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     theirs = copy.deepcopy(pipe.unet)
@@ -170,9 +168,7 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
     ours, wrapped = _ours(pipe, a, RATE)
     lora_layers = sum(1 for b in a.blocks if b.kind in ("lora", "adapter"))
     assert wrapped > lora_layers  # the LoRA blocks' and the entry kind's layers (GLoRA: its own)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     theirs = copy.deepcopy(pipe.unet)

@@ -24,7 +24,6 @@ from dbspec.runtime.mixed_kinds import add_module_dropout
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     MIXED,
     MIXED_DORA,
-    NETWORK_ATTRS,
     PRESETS,
     _converted_plan,
     pipe,

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_full import _classes, _lycoris_classes
 from tests.runtime.test_lycoris_own_opts_networks import _built
@@ -74,9 +75,7 @@ CASES = {
 
 
 def _network(pipe, path, monkeypatch, algo: str, rs_lora: bool):  # noqa: F811
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     extra = {"rs_lora": "True"} if rs_lora else {}

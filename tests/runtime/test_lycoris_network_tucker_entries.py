@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_own_opts_networks import _TUCKER, _built, _loaded, paired_layers, tucker_names
 
@@ -71,9 +72,7 @@ def test_network_tucker_reaches_the_entries_k_x_k_convolutions(pipe, tmp_path, m
         ("lokr", "on"),
         ("lora", "on"),
     ]
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, their_unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     made = lycoris_kohya.create_network(

@@ -18,6 +18,7 @@ import torch
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -62,12 +63,9 @@ def pipe():
 def _network(pipe, folder, monkeypatch, algo: str, extra: dict[str, str]):
     """kohya's steps over kit's PRESET: create_network (algo, conv_dim 4, train_norm, the dropouts), apply_to;
     the network and the U-Net it was applied to."""
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.runtime.test_lycoris_sd_full_file import PRESET, _named
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     preset = folder / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)

@@ -18,9 +18,9 @@ from torch import nn
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris import _unet_output
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
-    NETWORK_ATTRS,
     PRESETS,
     _converted_plan,
     pipe,
@@ -48,9 +48,7 @@ def _lycoris_unet(base, path: Path, monkeypatch, file: Path, algo: str, network:
     """The base U-Net under lycoris-lora's create_network from the preset file (an `algo` network, dim 4,
     conv_dim 4, bypass_mode `network`), loaded with the export (kohya's --network_weights load, strict);
     `own`: the bypass_mode its FeedForward modules must hold (None: the network's)."""
-    network_class = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network_class, attr, copy.copy(getattr(network_class, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(base.unet)
     named.text_model = copy.deepcopy(base.text_encoder)
     made = lycoris_kohya.create_network(

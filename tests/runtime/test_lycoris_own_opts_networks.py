@@ -24,7 +24,8 @@ from torch import nn
 
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_full import _classes, _lycoris_classes
 from tests.runtime.test_lycoris_tlora_oft_dylora import _layers as _oft_dylora_layers
@@ -68,9 +69,7 @@ ARGS = {"dylora": {"block_size": "2"}, "glora": {}, "full": {}}
 def _network(pipe, path: Path, monkeypatch, algo: str, args: dict | None = None):  # noqa: F811
     """lycoris-lora's create_network from the preset on copies of the tiny SD 1.x's U-Net and CLIP, with the
     network's `args` (else ARGS's): (network, its CLIP holder, its U-Net)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     made = lycoris_kohya.create_network(
@@ -242,12 +241,7 @@ def test_flux_entries_own_options_on_dylora_and_glora(tmp_path, monkeypatch, alg
 
         monkeypatch.setattr(flow, "_lycoris_network", loaded)
         monkeypatch.setattr(flow, "_check_kohya_outputs", compared)
-        for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-            monkeypatch.setattr(
-                lycoris_kohya.LycorisNetworkKohya,
-                attr,
-                copy.copy(getattr(lycoris_kohya.LycorisNetworkKohya, attr)),
-            )
+        kept_lycoris_presets(monkeypatch)
     check(tmp_path, monkeypatch, algo)
 
 

@@ -11,7 +11,6 @@ layer computing the plan's fused parts' output. And a DyLoRA / GLoRA network's P
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _check_kohya_outputs, _kohya_layers, _kohya_tree
 from tests.runtime.test_lycoris_whole_main_own_opts import _their_lokr_shapes
 
@@ -156,9 +155,7 @@ def _theirs(monkeypatch, algo: str, file: Path, tree: nn.Module, tensors: dict, 
     """lycoris-lora's create_network from the preset on kohya's layers (network_dim 4, alpha 1, as converted),
     applied, the export loaded: every key but DyLoraModule's (which never loads its own) a module's, every
     other module's key in it. {name: module}."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     text_encoders = [nn.Module() for _ in range(encoders)]
     made = lycoris_kohya.create_network(1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file))
     made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)

@@ -20,20 +20,10 @@ from torch import nn
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
-NETWORK_ATTRS = (
-    "ENABLE_CONV",
-    "UNET_TARGET_REPLACE_MODULE",
-    "UNET_TARGET_REPLACE_NAME",
-    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME",
-    "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP",
-    "USE_FNMATCH",
-    "TARGET_EXCLUDE_NAME",
-)
 
 PRESETS = {
     # classes and names: the transformers' linears, the first and last convolutions, CLIP's MLPs
@@ -88,9 +78,7 @@ def pipe():
 
 
 def _lycoris_names(pipe, path: Path, tmp_path: Path, monkeypatch) -> set[str]:
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     text = path.read_text(encoding="utf-8")
     if "CrossAttention" in text:
         text = text.replace('"CrossAttention"', '"CrossAttention", "Attention"')
@@ -177,9 +165,7 @@ def test_converted_targets_read_the_same_file(tmp_path):
 def test_builtin_ia3_preset_builds_no_module(pipe, monkeypatch):
     """Why the converter refuses preset=ia3 (DBS402): lycoris-lora 4.1.3 re.matches its names (to_k, to_v,
     ff.net.2; k_proj, v_proj, mlp.fc2) from the start of each full path, which none begins with."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     made = lycoris_kohya.create_network(

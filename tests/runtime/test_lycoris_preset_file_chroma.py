@@ -10,7 +10,6 @@ trains, resumes bit-exact and exports LyCORIS's module names."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from torch import nn
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts, dummy_clip_l
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _rebuilt
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_preset_file_sdxl import _rebuilt
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -60,9 +60,7 @@ def models():
 
 
 def _lycoris_names(models, preset: str, monkeypatch) -> set[str]:
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya"], algo="locon", preset=preset
     )

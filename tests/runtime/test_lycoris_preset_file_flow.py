@@ -25,7 +25,8 @@ from torch import nn
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, t5_encoder
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _pinned_clip, _rebuilt
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_preset_file_sdxl import _pinned_clip, _rebuilt
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -74,9 +75,7 @@ def models():
 
 
 def _lycoris_modules(models, preset: str, monkeypatch, algo: str = "locon") -> list:
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya"], algo=algo, preset=preset
     )
@@ -393,9 +392,7 @@ def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkey
         "\n[module_algo_map.CLIPMLP]\ndim = 2\nalpha = 2\n",
         encoding="utf-8",
     )
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya"], algo="locon", preset=str(path)
     )
@@ -430,9 +427,7 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     text = _with_outside(PRESETS["double_attention"])
     text = text.replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
     path.write_text(text + "\n" + own, encoding="utf-8")
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     kohya = copy.deepcopy(models["kohya"])  # the double blocks' attention at FLUX.1's widths: real splits
     with torch.device("meta"):
         for i, stream in ((i, s) for i in range(19) for s in ("img", "txt")):

@@ -17,7 +17,6 @@ layers the tiny model has (a prefix of the full layout)."""
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 import re
@@ -32,21 +31,11 @@ from dbspec.convert.kohya.lycoris_file import sdxl_unet
 from dbspec.runtime.execute import execute
 from dbspec.unet_layout import SDXL_UNET, rename, unet_table
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 FIXTURE = Path(__file__).parent / "data" / "kohya_sdxl_unet_modules.json.gz"
-NETWORK_ATTRS = (
-    "ENABLE_CONV",
-    "UNET_TARGET_REPLACE_MODULE",
-    "UNET_TARGET_REPLACE_NAME",
-    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME",
-    "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP",
-    "USE_FNMATCH",
-    "TARGET_EXCLUDE_NAME",
-)
 
 PRESETS = {
     # attention only: kohya's SDXL attention class, LyCORIS's full lists for the text encoders
@@ -241,9 +230,7 @@ def models():
 
 
 def _lycoris_names(models, preset: str, monkeypatch, conv_dim: str = "4") -> set[str]:
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", conv_dim=conv_dim, preset=preset
     )

@@ -18,17 +18,10 @@ from torch import nn
 
 from dbspec.convert.kohya.network import _PRESETS, lycoris_preset
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 from lycoris.config import PRESET  # noqa: E402
-
-NETWORK_ATTRS = (
-    "ENABLE_CONV",  # apply_preset sets it too (attn-mlp: off): restored, or later tests build no convolution
-    "UNET_TARGET_REPLACE_MODULE",
-    "UNET_TARGET_REPLACE_NAME",
-    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME",
-)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +30,7 @@ def pipe():
 
 
 def _lycoris_names(pipe, preset: str, monkeypatch) -> set[str]:
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's lists: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     config = copy.deepcopy(PRESET[preset])
     modules = config["unet_target_module"]
     if "CrossAttention" in modules:

@@ -15,7 +15,6 @@ nn.Linear / nn.Conv2d layers: all LyCORIS's walk reads), beside transformers' CL
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 from pathlib import Path
@@ -26,7 +25,8 @@ from torch import nn
 
 from dbspec.convert.kohya.lycoris_file import sd_unet
 from dbspec.convert.kohya.network import LYCORIS_BUILTIN_PRESETS, _PRESETS, lycoris_preset
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip, _rebuilt
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip, _rebuilt
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -54,9 +54,7 @@ def models():
 
 
 def _lycoris(models, version: str, preset: str, monkeypatch):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's lists: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     rows, clip = models[version]
     unet = _rebuilt(rows)
     return lycoris_kohya.create_network(

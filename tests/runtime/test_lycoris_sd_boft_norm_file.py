@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules
 from tests.runtime.test_lycoris_sd_norm_file import same_norms
@@ -31,13 +32,10 @@ def _boft_network(pipe, folder, monkeypatch, from_file=None):
     `from_file`, create_network_from_weights; apply_to."""
     import copy
 
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.runtime.test_lycoris_sd_full_file import _named
     from tests.runtime.test_lycoris_sd_norm_file import PRESET
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
     if from_file is not None:
         made, _ = lycoris_kohya.create_network_from_weights(1.0, str(from_file), None, named, unet)

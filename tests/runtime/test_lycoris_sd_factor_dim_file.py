@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
 
@@ -139,9 +140,7 @@ def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
     from tests.runtime.test_lycoris_sd_full_file import PRESET, _named
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in kit.NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     xl = build_pipeline("builtin:tiny-sdxl")
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")

@@ -18,8 +18,8 @@ from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 from tests.runtime.test_lycoris_sd_full_file import PRESET, _lycoris_modules, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -114,9 +114,7 @@ def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
     from tests.runtime.test_lycoris_sd_full_file import TINY
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     xl = build_pipeline(TINY["sdxl"])
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")

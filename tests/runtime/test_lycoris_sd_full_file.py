@@ -20,8 +20,8 @@ from torch import nn
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -52,9 +52,7 @@ def _named(text_encoder) -> nn.Module:
 def _full_file(pipe, folder: Path, monkeypatch, drop: int = 0) -> Path:
     """LyCORIS's algo=full network over PRESET, every copy moved at random, saved; `drop`: leave every
     drop-th module out."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     preset = folder / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
@@ -219,9 +217,7 @@ def test_sdxl_file_in_kohyas_original_names_starts_at_w_plus_two_diff(tmp_path, 
     from dbspec.runtime.exports import kohya_parts
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     xl = build_pipeline(TINY["sdxl"])
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")

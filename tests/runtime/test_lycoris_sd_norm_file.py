@@ -18,8 +18,8 @@ from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -38,9 +38,7 @@ def pipe():
 
 def _norm_file(pipe, folder, monkeypatch):
     """A LoCon train_norm network over PRESET, every parameter moved at random, some modules left out."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     preset = folder / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
@@ -82,9 +80,7 @@ def same_norms(comps, norms: dict[str, nn.Module]) -> None:
 def _network(pipe, folder, monkeypatch, from_file=None):
     """kohya's steps: create_network (the preset, algo=locon, train_norm) or, with `from_file`,
     create_network_from_weights on it; apply_to."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
     if from_file is not None:
         made, _ = lycoris_kohya.create_network_from_weights(1.0, str(from_file), None, named, unet)

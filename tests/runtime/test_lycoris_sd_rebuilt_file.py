@@ -18,6 +18,7 @@ from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules, _named
 
@@ -156,9 +157,7 @@ def test_sdxl_diag_oft_file_in_kohyas_original_names(tmp_path, monkeypatch):
     from tests.runtime.test_lycoris_sd_full_file import PRESET
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in kit.NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     xl = build_pipeline("builtin:tiny-sdxl")
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET, encoding="utf-8")

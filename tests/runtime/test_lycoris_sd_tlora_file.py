@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -46,9 +46,7 @@ def pipe():
 def _network(pipe, monkeypatch, dim: int = 4):
     """kohya's steps: create_network(1.0, dim, 2.0, ..., algo=tlora, preset=attn-mlp), apply_to."""
     monkeypatch.setattr(tlora, "gc", types.SimpleNamespace(collect=lambda: 0))  # test_lycoris_tlora's _no_gc
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
     made = lycoris_kohya.create_network(1.0, dim, 2.0, None, named, unet, algo="tlora", preset="attn-mlp")
     made.apply_to(named, unet, True, True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_tlora import _no_gc
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -87,9 +87,7 @@ def test_tlora_norm_offsets_train_as_lycoris(tmp_path, monkeypatch, preset, base
     assert a.denoiser_norms and bool(a.text_encoder_norms) == (preset == "p.toml")
     pipe = build_pipeline(f"builtin:tiny-{base}")
     comps = _ours(pipe, plan)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     named, theirs = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     path = str(tmp_path / preset) if preset.endswith(".toml") else preset

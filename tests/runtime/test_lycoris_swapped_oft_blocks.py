@@ -30,9 +30,9 @@ from torch import nn
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_flow_rank_dropout_layers import FILES, FLUX, SD3, _prepared, _same_training
 from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -87,9 +87,7 @@ def _plan(tmp_path: Path, dim: int, args: dict[str, str], family: str = "flux"):
 
 
 def _network(monkeypatch, dim: int, file: Path, tree: nn.Module, args: dict[str, str]):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     encoders = [nn.Module()] * 3
     made = lycoris_kohya.create_network(1.0, dim, 1.0, None, encoders, tree, preset=str(file), **args)
     made.apply_to(encoders, tree, apply_text_encoder=True, apply_unet=True)

@@ -16,6 +16,7 @@ from peft import inject_adapter_in_model
 from torch import nn
 
 from tests.runtime import test_lycoris as lycoris_runs
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
 
 tlora = pytest.importorskip("lycoris.modules.tlora")
@@ -341,7 +342,6 @@ def converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"al
     `pipe` (left unchanged: a shared fixture's) or one built here. Returns the adapter, the network, the
     pipeline, and the copies it was built on: the CLIP's holder and the U-Net."""
     from dbspec.runtime.tiny import build_pipeline
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -356,9 +356,7 @@ def converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"al
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     if pipe is None:
         pipe = build_pipeline("builtin:tiny-sd1")
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)

@@ -21,7 +21,8 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.norm_offsets import BIAS, WEIGHT, add_norm_offsets, norm_layers
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.shared import NETWORK_ATTRS
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -56,9 +57,7 @@ def _converted(tmp_path: Path, preset: str, extra: str = "", text: str = FILE) -
 
 
 def _lycoris(pipe, preset: str, monkeypatch, **args):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     if preset in lycoris_kohya.PRESET:  # as test_lycoris_presets.py: the time embedding named once, not twice
         config = copy.deepcopy(lycoris_kohya.PRESET[preset])
         if "TimestepEmbedding" in config["unet_target_module"]:

@@ -19,7 +19,9 @@ from torch import nn
 from dbspec.runtime.execute import execute
 from dbspec.unet_layout import SDXL_UNET, rename, unet_table
 from tests.runtime.runspec import compile_spec
-from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip, models  # noqa: F401
+from tests.runtime.shared import kept_lycoris_presets
+from tests.runtime.shared import NETWORK_ATTRS
+from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip, models  # noqa: F401
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -62,9 +64,7 @@ def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None):
 
 
 def _lycoris_norms(models, preset: str, monkeypatch) -> set[str]:  # noqa: F811
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", preset=preset, train_norm="True"
     )

@@ -12,7 +12,6 @@ test_lycoris_mixed_flow.py."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from tests.runtime.shared import moved_components
+from tests.runtime.shared import kept_lycoris_presets
 from tests.runtime.test_lycoris_mixed_chroma_full import check_chroma_export
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
@@ -363,7 +363,6 @@ def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
     create_network_from_weights rebuilds the export's LoCon module computing the plan's DyLoRA layer (every
     block, eval), the other modules theirs."""
     from dbspec.runtime.lycoris_export import lycoris_state
-    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     text = FLUX_FILE.split('[name_algo_map."single_blocks')[0].replace('["CLIPAttention"]', "[]")
@@ -375,9 +374,7 @@ def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
     unet = moved_components(plan).unet.eval()
     tensors = lycoris_state(unet=unet, text_encoders=[], family="flux", dtype="fp32")
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kept_lycoris_presets(monkeypatch)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [], _kohya_tree(layers), algo="full", preset=str(file)
     )
