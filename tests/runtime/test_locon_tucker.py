@@ -12,6 +12,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from dbspec.runtime.locon_tucker import TuckerConv2d, with_tucker
+from tests.runtime.shared import kept_lycoris_presets
 
 locon = pytest.importorskip("lycoris.modules.locon")
 
@@ -118,19 +119,6 @@ def test_gradients_reach_all_three_factors_and_adapters_switch_off():
         torch.testing.assert_close(layer(x), layer.base_layer(x))
 
 
-_PRESET_ATTRIBUTES = (
-    "ENABLE_CONV",
-    "UNET_TARGET_REPLACE_MODULE",
-    "UNET_TARGET_REPLACE_NAME",
-    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME",
-    "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP",
-    "USE_FNMATCH",
-    "TARGET_EXCLUDE_NAME",
-)
-
-
 @pytest.fixture(scope="module")
 def tiny_unet():
     from dbspec.runtime.tiny import build_pipeline
@@ -171,9 +159,7 @@ def test_converter_reads_tucker_switches_as_lycoris_create_network(tiny_unet, mo
         return cls
 
     monkeypatch.setattr(network, "apply_preset", classmethod(without_names))
-    for attr in _PRESET_ATTRIBUTES:  # the preset sets class attributes: restore them afterwards
-        if hasattr(network, attr):
-            monkeypatch.setattr(network, attr, getattr(network, attr))
+    kept_lycoris_presets(monkeypatch)
     built = kohya.create_network(1.0, 4, 2, None, nn.Module(), copy.deepcopy(tiny_unet), conv_dim="4", **args)
     tucker = [m for m in built.unet_loras if getattr(m, "tucker", False)]
     assert bool(tucker) == lycoris_tucker(args), args
