@@ -211,14 +211,10 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
 
 
 def block_glora_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
-    """{id(layer): use_scalar} of the GLoRA layers whose block sets LyCORIS's scalar itself (a map entry's:
-    GloraLayer builds its scalar, and a2 / b2's random init, by it)."""
-    blocks = adapter.text_encoder_blocks if component else adapter.blocks
-    return {
-        id(layer): block.scalar == "on"
-        for _, layer, block in _blocks_of(module, targets, blocks, component)
-        if block is not None and block.scalar != "adapter"
-    }
+    """block_scalars by layer id: GloraLayer builds its scalar, and a2 / b2's random init, by it (peft's
+    dispatch sees the layer, not its path)."""
+    own = block_scalars(module, targets, adapter, component)
+    return {id(module.get_submodule(path)): on for path, on in own.items()}
 
 
 def block_doras(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:

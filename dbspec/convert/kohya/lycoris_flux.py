@@ -87,6 +87,7 @@ from dbspec.convert.kohya.network import (
     TUCKER_NAMES,
     lokr_entries_rank_dropout,
     lycoris_tucker,
+    network_drops,
     parse_network_args,
     rank_dropout_readers,
 )
@@ -319,8 +320,7 @@ def map_lycoris_flow(
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
     entries = (*file.blocks, *file.text_blocks) if preset_file else ()
-    given = kwargs.get("dropout") or a["network_dropout"].value or 0  # (before _dropouts takes them)
-    drops = bool(float(given or 0) or float(kwargs.get("rank_dropout") or 0))
+    drops = network_drops(kwargs, a["network_dropout"])  # (before _dropouts takes them)
     if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo, entries):
         return False
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):

@@ -862,8 +862,7 @@ def _lycoris_bypass_and_dropout(
     bypass = _str_bool(bypass_text)
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     # (a block whose entry's own bypass_mode is off keeps its layers from it)
-    given = kwargs.get("dropout") or (network_dropout.value if network_dropout is not None else 0)
-    drops = _float(given or 0) or _float(kwargs.get("rank_dropout") or 0) or put.get("rank_dropout")
+    drops = network_drops(kwargs, network_dropout) or put.get("rank_dropout")
     if bypass and any(
         (b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off")
         or (b.get("kind") in ("glora", "tlora") and drops)
@@ -1182,13 +1181,13 @@ def _tlora(
     adapter's `bypass`, or a preset entry's own: its block's); module_dropout is the adapter's; the rest is
     never read. `reach`: the preset, its k x k convolutions and those of T-LoRA layers; `dims`: network_dim
     and network_alpha."""
-    (preset, all_convs, conv_targets), (dim, alpha) = reach, dims
-    if conv_targets and applied[1]:
+    (preset, convs, tlora_convs), (dim, alpha) = reach, dims
+    if tlora_convs and applied[1]:
         conv.invalid(
             f"{args.key} preset",
             preset,
             args.source,
-            f"preset {preset} gives the U-Net's k x k convolutions ({', '.join(conv_targets)}) a T-LoRA "
+            f"preset {preset} gives the U-Net's k x k convolutions ({', '.join(tlora_convs)}) a T-LoRA "
             "module at conv_dim (LyCORIS's default: network_dim; 0 is that default too): lycoris-lora "
             "4.1.3's TLoraModule projects them with 1x1 factors at the convolution's stride and padding "
             "and adds an output of another size, so kohya stops at the first step (RuntimeError: the "
@@ -1198,7 +1197,7 @@ def _tlora(
         return False
     put.pop("conv_targets", None)
     if any(b.get("conv_rank") for b in put.get("_blocks", ())):  # its entries' of other algorithms
-        put["conv_targets"] = all_convs
+        put["conv_targets"] = convs
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
@@ -1471,6 +1470,14 @@ def _int(text) -> int:
 
 def _float(text) -> float:
     return float(text)
+
+
+def network_drops(kwargs: dict[str, str], network_dropout: Legacy | None) -> bool:
+    """The network drops something: its `dropout` (else --network_dropout, which train_network.py hands on)
+    or `rank_dropout` is above 0 (GLoRA / T-LoRA entries' bypass forward reads them,
+    runtime/mixed_kinds.py)."""
+    given = kwargs.get("dropout") or (network_dropout.value if network_dropout is not None else 0)
+    return bool(_float(given or 0) or _float(kwargs.get("rank_dropout") or 0))
 
 
 def other_block_kinds(conv: Conversion) -> set[str]:
